@@ -197,3 +197,26 @@ def test_config_errors_name_the_field(changes, field):
         tiny_config(**changes)
     with pytest.raises(ConfigError, match="unknown key"):
         ModelConfig.from_dict({"n_embd": 3})
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("name, options", [
+    ("NRGPT_H_FF1", dict(tril_plus_one=True)),
+    ("NRGPT_H_FF2", dict(attn_grad="exact", attn_beta=0.6)),
+    ("NRGPT_H_FF2W", dict(dropout=0.3)),
+    ("NRGPT_H_FF2W", dict(attn_grad="exact", tril_plus_one=True, dropout=0.2, proj_type="psd_plus_antisym")),
+])
+def test_closed_form_update_equals_autodiff(name, options):
+    """The fast path gives the same logits and parameter gradients as jax.grad of the energies."""
+    idx = jax.random.randint(jax.random.key(1), (2, 8), 0, 13)
+    tgt = jax.random.randint(jax.random.key(2), (2, 8), 0, 13)
+    key = jax.random.key(7) if options.get("dropout") else None
+    results = []
+    for update in ("autodiff", "closed_form"):
+        model = random_model(seed=11, dtype=jnp.float64, name=name, update=update, **options)
+        graphdef, state = nnx.split(model, nnx.Param)
+        loss = lambda s: cross_entropy(nnx.merge(graphdef, s)(idx, dropout_key=key), tgt)
+        results.append(jax.value_and_grad(loss)(state))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

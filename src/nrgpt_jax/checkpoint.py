@@ -36,16 +36,24 @@ def save_model(workdir, cfg: ModelConfig, params, step: int = 0) -> Path:
     return workdir
 
 
-def read_model_config(workdir) -> ModelConfig:
-    """The ModelConfig recorded in a model directory's config.json."""
+def read_run_config(workdir) -> dict:
+    """The config.json of a model directory, as a dict with at least a `model` section."""
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
         raise CheckpointError(f"{path} not found: give a training working directory or the output "
                               "of `python -m nrgpt_jax.interop import-torch`")
     try:
-        return ModelConfig.from_dict(json.loads(path.read_text())["model"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        config = json.loads(path.read_text())
+        if not isinstance(config.get("model"), dict):
+            raise KeyError("model")
+        return config
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{path} is not a valid config file ({err})") from None
+
+
+def read_model_config(workdir) -> ModelConfig:
+    """The ModelConfig recorded in a model directory's config.json."""
+    return ModelConfig.from_dict(read_run_config(workdir)["model"])
 
 
 def abstract_params(cfg: ModelConfig, dtype=jnp.float32):
@@ -56,14 +64,19 @@ def abstract_params(cfg: ModelConfig, dtype=jnp.float32):
 
 def model_from_params(cfg: ModelConfig, params) -> LanguageModel:
     """A LanguageModel carrying the given parameters (pure dict)."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg)), nnx.Param)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-    return nnx.merge(graphdef, state)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(cfg)))
+    return nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
 
 
-def load_model(workdir, step: int | None = None) -> tuple[LanguageModel, int]:
-    """Restore the model of a model directory at `step` (default: the latest); (model, step)."""
+def load_model(workdir, step: int | None = None, overrides: dict | None = None) -> tuple[LanguageModel, int]:
+    """Restore the model of a model directory at `step` (default: the latest); (model, step).
+
+    `overrides` change inference-time fields of the stored ModelConfig (e.g. attn_grad, n_layer as
+    the default number of steps); ones that change parameter shapes make the restore fail.
+    """
     cfg = read_model_config(workdir)
+    if overrides:
+        cfg = cfg.replace(**overrides)
     directory = Path(workdir).absolute() / CHECKPOINT_DIR
     options = ocp.CheckpointManagerOptions(read_only=True)
     with ocp.CheckpointManager(directory, options=options) as mngr:
@@ -80,3 +93,54 @@ def load_model(workdir, step: int | None = None) -> tuple[LanguageModel, int]:
             raise CheckpointError(f"{directory / str(step)}: cannot restore the parameters of a "
                                   f"{cfg.name} model ({type(err).__name__}: {str(err)[:200]})") from None
     return model_from_params(cfg, restored["params"]), step
+
+
+class TrainCheckpoints:
+    """The checkpoints of one training run: the latest `keep` plus the best by validation loss.
+
+    Each step holds `params`, `opt_state` and `meta` (JSON: step, data-iterator position, seed,
+    best validation loss). Saving is asynchronous and atomic (orbax writes to a temporary folder
+    and renames it when complete).
+    """
+
+    def __init__(self, workdir, keep: int):
+        from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+        policy = pp.AnyPreservationPolicy([
+            pp.LatestN(n=keep),
+            pp.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
+                     keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(enable_async_checkpointing=True, preservation_policy=policy,
+                                               cleanup_tmp_directories=True)
+        self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, params, opt_state, meta: dict, val_loss: float | None = None) -> None:
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                  opt_state=ocp.args.StandardSave(opt_state),
+                                  meta=ocp.args.JsonSave(meta))
+        metrics = None if val_loss is None else {"val_loss": float(val_loss)}
+        self.manager.save(step, args=args, metrics=metrics, force=True)
+
+    def restore(self, step: int, abstract_params, abstract_opt_state):
+        """(params, opt_state, meta) of `step`; raises CheckpointError if it cannot be read."""
+        args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params),
+                                  opt_state=ocp.args.StandardRestore(abstract_opt_state),
+                                  meta=ocp.args.JsonRestore())
+        try:
+            out = self.manager.restore(step, args=args)
+        except Exception as err:  # orbax raises many types for damaged or mismatched files
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable "
+                                  f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+        return out["params"], out["opt_state"], dict(out["meta"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nrgpt_jax import energy
+from nrgpt_jax import closed_form, energy
 
 init_normal = jax.nn.initializers.normal(0.02)
 PSD_EPS = 1e-6  # eta = A A^T + PSD_EPS * I for the 'psd' families
@@ -76,41 +76,37 @@ class EnergyAttention(nnx.Module):
                                        self_key=self_key, keep=keep)
 
 
-class FF1Energy(nnx.Module):
-    """E = -||gelu(W1 g + b1)||^2, W1: C -> F."""
+class FeedForwardEnergy(nnx.Module):
+    """The token-wise feed-forward energy of an NRGPT model (F = hidden width):
 
-    def __init__(self, n_embed: int, hidden: int, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.fc1 = linear(n_embed, hidden, rngs, dtype=dtype)
+    NRGPT_H_FF1   E = -||gelu(W1 g + b1)||^2                     W1: C -> F
+    NRGPT_H_FF2   E = -||gelu(W2 gelu(W1 g + b1) + b2)||^2       W1: C -> C, W2: C -> F
+    NRGPT_H_FF2W  E = -g . (W2 gelu(W1 g + b1) + b2)             W1: C -> F, W2: F -> C
+    """
 
-    def __call__(self, g):
-        return energy.ff1_energy(g, self.fc1.kernel[...], self.fc1.bias[...])
+    def __init__(self, kind: str, n_embed: int, hidden: int, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.kind = kind
+        c, f = n_embed, hidden
+        sizes = {"NRGPT_H_FF1": [(c, f)], "NRGPT_H_FF2": [(c, c), (c, f)], "NRGPT_H_FF2W": [(c, f), (f, c)]}[kind]
+        self.fc1 = linear(*sizes[0], rngs, dtype=dtype)
+        if len(sizes) > 1:
+            self.fc2 = linear(*sizes[1], rngs, dtype=dtype)
 
-
-class FF2Energy(nnx.Module):
-    """E = -||gelu(W2 gelu(W1 g + b1) + b2)||^2, W1: C -> C, W2: C -> F."""
-
-    def __init__(self, n_embed: int, hidden: int, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.fc1 = linear(n_embed, n_embed, rngs, dtype=dtype)
-        self.fc2 = linear(n_embed, hidden, rngs, dtype=dtype)
-
-    def __call__(self, g):
-        return energy.ff2_energy(g, self.fc1.kernel[...], self.fc1.bias[...],
-                                 self.fc2.kernel[...], self.fc2.bias[...])
-
-
-class FF2WEnergy(nnx.Module):
-    """E = -g . (W2 gelu(W1 g + b1) + b2), W1: C -> F, W2: F -> C."""
-
-    def __init__(self, n_embed: int, hidden: int, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.fc1 = linear(n_embed, hidden, rngs, dtype=dtype)
-        self.fc2 = linear(hidden, n_embed, rngs, dtype=dtype)
+    def weights(self):
+        layers = [self.fc1] + ([self.fc2] if hasattr(self, "fc2") else [])
+        return [a for layer in layers for a in (layer.kernel[...], layer.bias[...])]
 
     def __call__(self, g):
-        return energy.ff2w_energy(g, self.fc1.kernel[...], self.fc1.bias[...],
-                                  self.fc2.kernel[...], self.fc2.bias[...])
+        """Token energies (B,T) of g (B,T,C)."""
+        return FF_ENERGIES[self.kind](g, *self.weights())
+
+    def closed_form_gradient(self, g):
+        """dE/dg (B,T,C) by its explicit formula (equal to jax.grad of __call__)."""
+        return closed_form.FF_UPDATES[self.kind](g, *self.weights())
 
 
-FF_ENERGIES = {"NRGPT_H_FF1": FF1Energy, "NRGPT_H_FF2": FF2Energy, "NRGPT_H_FF2W": FF2WEnergy}
+FF_ENERGIES = {"NRGPT_H_FF1": energy.ff1_energy, "NRGPT_H_FF2": energy.ff2_energy,
+               "NRGPT_H_FF2W": energy.ff2w_energy}
 
 
 class InferenceRate(nnx.Module):
@@ -188,13 +184,14 @@ class EnergyBlock(nnx.Module):
         c = cfg.n_embed
         self.norm = Norm(cfg.norm, c, dtype)
         self.attn = EnergyAttention(c, cfg.n_head, rngs, beta=cfg.attn_beta, dtype=dtype)
-        self.ff = FF_ENERGIES[cfg.name](c, cfg.ff_hidden, rngs, dtype=dtype)
+        self.ff = FeedForwardEnergy(cfg.name, c, cfg.ff_hidden, rngs, dtype=dtype)
         self.eta = InferenceRate(cfg.proj_type, c, rngs, scale_init=cfg.proj_scale_init, dtype=dtype)
         self.scale_ff = nnx.Param(jnp.ones((), dtype))
         if cfg.step_size == "per_step":
             self.raw_step_size = nnx.Param(jnp.full((cfg.n_layer,), _inverse_softplus(1.0), dtype))
         self.strict = cfg.tril_plus_one
         self.exact = cfg.attn_grad == "exact"
+        self.closed_form = cfg.update == "closed_form"
         self.dropout = cfg.dropout
 
     def mask(self, t: int):
@@ -218,7 +215,8 @@ class EnergyBlock(nnx.Module):
         return e_att, self.ff(q)
 
     def energy_gradient(self, g, dropout_key=None):
-        """u = dE_att/dq + s * dE_ff/dg at q = g, keys closed over (B,T,C).
+        """u = dE_att/dq + s * dE_ff/dg at q = g, keys closed over (B,T,C); by jax.grad, or by the
+        explicit formulas of `closed_form.py` when the model config says update=closed_form.
 
         Closing over `g` as the keys (rather than stop_gradient) keeps the parameter gradients of
         training exact: the outer derivative flows through the keys too.
@@ -232,11 +230,14 @@ class EnergyBlock(nnx.Module):
             keep = jax.random.bernoulli(prob_key, 1.0 - self.dropout, keep_shape)
             keep = keep.astype(g.dtype) / (1.0 - self.dropout)
 
-        def attn_energy(q):
-            return self.attn(q, g, mask, self_key=self.exact, keep=keep).sum()
+        if self.closed_form:
+            u_att = closed_form.attention_update(g, self.attn.H[...], mask, beta=self.attn.beta,
+                                                 self_key=self.exact, keep=keep)
+            u_ff = self.ff.closed_form_gradient(g)
+        else:
+            def attn_energy(q):
+                return self.attn(q, g, mask, self_key=self.exact, keep=keep).sum()
 
-        def ff_energy(q):
-            return self.ff(q).sum()
-
-        u_att = dropout(jax.grad(attn_energy)(g), self.dropout, out_key)
-        return u_att + self.scale_ff[...] * jax.grad(ff_energy)(g)
+            u_att = jax.grad(attn_energy)(g)
+            u_ff = jax.grad(lambda q: self.ff(q).sum())(g)
+        return dropout(u_att, self.dropout, out_key) + self.scale_ff[...] * u_ff

@@ -1,0 +1,1 @@
+"""Data: the embedded Shakespeare, token streams on disk, their preparation, and ListOps."""
