@@ -25,15 +25,21 @@ def _assert_parity(path, dtype, tol):
     assert errors[worst] <= tol, f"{path.name}: {worst} relative error {errors[worst]:.2e} > {tol}"
 
 
-@pytest.mark.parametrize("dtype, tol", [("float64", 1e-8), ("float32", 1e-4)])
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_parity_committed_fixtures(path, dtype, tol):
-    _assert_parity(path, dtype, tol)
+def test_parity_committed_fixtures_float64(path):
+    _assert_parity(path, "float64", 1e-8)
+
+
+@pytest.mark.parametrize("path", [p if p.parent.name == "official" or p.stem == "nrgpt_ff2_strict"
+                                  else pytest.param(p, marks=pytest.mark.slow) for p in COMMITTED],
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_parity_committed_fixtures_float32(path):
+    _assert_parity(path, "float32", 1e-4)
 
 
 @pytest.mark.skipif(not SHARED, reason=f"official parity fixtures not found at {SHARED_PARITY} "
                                        "(they live in the project's ../shared folder)")
-@pytest.mark.parametrize("dtype, tol", [("float64", 1e-8), ("float32", 1e-4)])
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-8), pytest.param("float32", 1e-4, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("path", SHARED or [None], ids=lambda p: getattr(p, "stem", "none"))
 def test_parity_shared_official_fixtures(path, dtype, tol):
     _assert_parity(path, dtype, tol)

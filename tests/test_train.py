@@ -21,16 +21,7 @@ CONFIGS = ROOT / "configs"
 
 def tiny(preset="tiny", **overrides):
     """The tiny Shakespeare config with dotted overrides, e.g. tiny(**{"train.steps": 6})."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("shakespeare_char", CONFIGS / "shakespeare_char.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset)
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        setattr(config[section], field, value)
-    return config
+    return run_config.load_config_file(CONFIGS / "shakespeare_char.py", preset, overrides)
 
 
 def losses(workdir):
@@ -198,15 +189,11 @@ def test_incompatible_workdir_is_refused_untouched(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("config", ["shakespeare_char.py", "shakespeare_char.py:gpt_rec_parallel,c256,paper",
+                                    "listops.py", "listops.py:gpt_rec_parallel,c64,short",
                                     "shakespeare_char.py:nrgpt_ff1,c32", "owt.py", "owt.py:mmlu",
                                     "owt.py:gpt"])
 def test_config_files_resolve(config):
-    import importlib.util
-
     name, _, preset = config.partition(":")
-    spec = importlib.util.spec_from_file_location(name[:-3], CONFIGS / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model, t, d = run_config.resolve(module.get_config(preset))
+    model, t, d = run_config.resolve(run_config.load_config_file(CONFIGS / name, preset))
     run_config.model_config(model, 65)
     assert t.steps > 0 and d.name

@@ -115,7 +115,7 @@ def plot_report(report: DescentReport, out: Path, title: str) -> list[Path]:
     colors = plt.cm.viridis(np.linspace(0, 1, t))
     colorbar = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, t - 1))
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110, constrained_layout=True)
     for i in range(t):
         ax.plot(report.energy[:, 0, i] - report.energy[0, 0, i], color=colors[i], linewidth=1)
     ax.set_xlabel("step")
@@ -123,11 +123,10 @@ def plot_report(report: DescentReport, out: Path, title: str) -> list[Path]:
     fig.colorbar(colorbar, ax=ax, label="token position")
     ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     fig.savefig(out / "energy.png")
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), dpi=110, sharex=True, constrained_layout=True)
     steps = np.arange(1, report.update_norm.shape[0] + 1)
     for ax, data, label in ((axes[0], report.update_norm, r"update $\|x_i^{t+1}-x_i^t\|$"),
                             (axes[1], report.state_change, r"normalised state change $\|g_i^{t+1}-g_i^t\|$")):

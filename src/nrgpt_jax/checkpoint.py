@@ -6,11 +6,17 @@ every tool that takes `--checkpoint DIR` (sampling, analysis) reads both.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import sys
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -29,7 +35,7 @@ def save_model(workdir, cfg: ModelConfig, params, step: int = 0) -> Path:
     """Write `params` (pure dict) of a `cfg` model as step `step` of a new model directory."""
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(json.dumps({"model": cfg.to_dict()}, indent=2) + "\n")
+    write_json_atomic(workdir / CONFIG_FILE, {"model": cfg.to_dict()})
     options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
     with ocp.CheckpointManager(workdir / CHECKPOINT_DIR, options=options) as mngr:
         mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), force=True)
@@ -78,7 +84,7 @@ def load_model(workdir, step: int | None = None, overrides: dict | None = None) 
     if overrides:
         cfg = cfg.replace(**overrides)
     directory = Path(workdir).absolute() / CHECKPOINT_DIR
-    options = ocp.CheckpointManagerOptions(read_only=True)
+    options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
     with ocp.CheckpointManager(directory, options=options) as mngr:
         steps = mngr.all_steps()
         if not steps:
@@ -120,6 +126,9 @@ class TrainCheckpoints:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, params, opt_state, meta: dict, val_loss: float | None = None) -> None:
+        """Start an asynchronous save of `step`; meta gets a SHA-256 of every array saved."""
+        params, opt_state = jax.device_get((params, opt_state))
+        meta = {**meta, "sha256": tree_digest((params, opt_state))}
         args = ocp.args.Composite(params=ocp.args.StandardSave(params),
                                   opt_state=ocp.args.StandardSave(opt_state),
                                   meta=ocp.args.JsonSave(meta))
@@ -127,16 +136,43 @@ class TrainCheckpoints:
         self.manager.save(step, args=args, metrics=metrics, force=True)
 
     def restore(self, step: int, abstract_params, abstract_opt_state):
-        """(params, opt_state, meta) of `step`; raises CheckpointError if it cannot be read."""
+        """(params, opt_state, meta) of `step`; CheckpointError if unreadable or its data do not
+        match the digest recorded when it was saved."""
         args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params),
                                   opt_state=ocp.args.StandardRestore(abstract_opt_state),
                                   meta=ocp.args.JsonRestore())
+        where = self.directory / str(step)
         try:
             out = self.manager.restore(step, args=args)
         except Exception as err:  # orbax raises many types for damaged or mismatched files
-            raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable "
-                                  f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
-        return out["params"], out["opt_state"], dict(out["meta"])
+            first = (str(err).strip().splitlines() or [""])[0][:160]
+            raise CheckpointError(f"checkpoint {where} is unreadable ({type(err).__name__}: {first})") from None
+        meta = dict(out["meta"] or {})
+        if meta.get("sha256") != tree_digest((out["params"], out["opt_state"])):
+            raise CheckpointError(f"checkpoint {where} is corrupted: its arrays do not match the digest "
+                                  "saved with them")
+        return out["params"], out["opt_state"], meta
+
+    def restore_latest_good(self, abstract_params, abstract_opt_state):
+        """Restore the newest checkpoint that reads back intact, or None if there is none.
+
+        A damaged one is reported in one line and moved to `checkpoints_corrupted/` beside
+        `checkpoints/` (kept for inspection, never deleted), and the previous one is tried.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                return step, self.restore(step, abstract_params, abstract_opt_state)
+            except CheckpointError as err:
+                moved = self.quarantine(step)
+                print(f"warning: {err}; moved it to {moved} and trying the previous one", file=sys.stderr)
+        return None
+
+    def quarantine(self, step: int) -> Path:
+        target = self.directory.parent / "checkpoints_corrupted" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.directory / str(step)), str(target))
+        self.manager.reload()
+        return target
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -144,3 +180,20 @@ class TrainCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def tree_digest(tree) -> str:
+    """SHA-256 over the shapes, dtypes and bytes of every array of a pytree (in tree order)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -86,11 +86,13 @@ def descend(block, x, n_steps: int, *, dropout_key=None, collect=(), remat: bool
 
 
 def descend_until_settled(block, x, max_steps: int, tol: float):
-    """Adaptive test-time compute: step each sequence until every token moves less than `tol`.
+    """Adaptive test-time compute: step each sequence until its tokens stop moving.
 
-    A sequence stops (and stays frozen) at the first step whose largest per-token update norm is
-    below `tol`; the loop ends when all have stopped or after `max_steps`. Deterministic, jittable.
-    Returns (x (B,T,C), steps (B,) int32: the number of updates each sequence received).
+    A sequence stops (and stays frozen) at the first step in which no token's normalised state
+    g = norm(x) moves by `tol` or more (||g_{t+1} - g_t|| < tol for every token); the loop ends when
+    all have stopped or after `max_steps`. The normalised state is what the energies and the readout
+    see: with a norm, x itself may keep drifting along directions the norm removes. Deterministic,
+    jittable. Returns (x (B,T,C), steps (B,) int32: the number of updates each sequence received).
     """
 
     def cond(carry):
@@ -99,9 +101,9 @@ def descend_until_settled(block, x, max_steps: int, tol: float):
 
     def body(carry):
         i, x, active, steps = carry
-        dx, _ = step_update(block, x, i)
-        moving = jnp.linalg.norm(dx.astype(jnp.float32), axis=-1).max(-1) >= tol
-        active = active & moving
+        dx, g = step_update(block, x, i)
+        change = jnp.linalg.norm((block.norm(x - dx) - g).astype(jnp.float32), axis=-1).max(-1)
+        active = active & (change >= tol)
         x = jnp.where(active[:, None, None], x - dx, x)
         return i + 1, x, active, steps + active.astype(jnp.int32)
 

@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     import jax
 
     from nrgpt_jax.checkpoint import CheckpointError
+    from nrgpt_jax.data.tokenizers import TokenizerError
     from nrgpt_jax.data.tokens import DataError
     from nrgpt_jax.model_config import ConfigError
     from nrgpt_jax.train import TrainError, train_and_evaluate
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
     try:
         train_and_evaluate(config, fv.workdir)
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, TokenizerError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except TrainError as err:

@@ -146,6 +146,22 @@ def resolve(config: config_dict.ConfigDict) -> tuple[dict, TrainConfig, DataConf
     return model, train, data
 
 
+def load_config_file(path, preset: str = "", overrides: dict | None = None) -> config_dict.ConfigDict:
+    """The config of a config file's `get_config(preset)`, with dotted overrides applied
+    ({"train.steps": 10}); the programmatic twin of `--config=path:preset --config.train.steps=10`."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(preset)
+    for key, value in (overrides or {}).items():
+        section, field = key.split(".")
+        setattr(config[section], field, value)
+    return config
+
+
 def model_config(model_fields: dict, data_vocab_size: int) -> ModelConfig:
     """The ModelConfig with vocab_size defaulting to the data's; a smaller one is an error."""
     vocab = model_fields.get("vocab_size") or data_vocab_size

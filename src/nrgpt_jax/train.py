@@ -134,7 +134,7 @@ def claim_workdir(run: Run, workdir: Path, decay_steps_set: bool) -> tuple[Run, 
     cfg_file = workdir / checkpoint.CONFIG_FILE
     if not cfg_file.exists():
         workdir.mkdir(parents=True, exist_ok=True)
-        cfg_file.write_text(json.dumps(run.to_json(), indent=2) + "\n")
+        checkpoint.write_json_atomic(cfg_file, run.to_json())
         return run, False
     try:
         stored = json.loads(cfg_file.read_text())
@@ -154,7 +154,7 @@ def claim_workdir(run: Run, workdir: Path, decay_steps_set: bool) -> tuple[Run, 
                 raise ConfigError(
                     f"{workdir} holds a run with {section}.{key}={old.get(key)!r} but this config has "
                     f"{new[section].get(key)!r}: use a new --workdir, or the run's own config to resume")
-    cfg_file.write_text(json.dumps(new, indent=2) + "\n")
+    checkpoint.write_json_atomic(cfg_file, new)
     return run, True
 
 
@@ -210,16 +210,17 @@ def train_and_evaluate(config, workdir=None, *, progress: bool = True) -> dict:
     ckpts = checkpoint.TrainCheckpoints(workdir, t.keep_checkpoints)
 
     start, best_val = 0, float("inf")
-    if resuming and ckpts.all_steps():
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (params, opt_state))
-        params, opt_state, meta = ckpts.restore(ckpts.all_steps()[-1], *abstract)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (params, opt_state))
+    restored = ckpts.restore_latest_good(*abstract) if resuming else None
+    if restored:
+        start, (params, opt_state, meta) = restored
         train_iter.set_state(meta["data_state"])
-        start, best_val = int(meta["step"]), float(meta.get("best_val_loss", float("inf")))
+        best_val = float(meta.get("best_val_loss", float("inf")))
         log(f"resuming {workdir} from step {start}")
     else:
         log(f"training {cfg.name} ({count(params):,} parameters) in {workdir}")
     state = parallel.replicate(TrainState(params, opt_state), mesh)
-    mlog = metrics.MetricsLog(workdir / metrics.METRICS_FILE, resume_step=start if resuming else None)
+    mlog = metrics.MetricsLog(workdir / metrics.METRICS_FILE, resume_step=start if restored else None)
 
     train_step = make_train_step(graphdef, optimizer, t, use_dropout=cfg.dropout > 0)
     eval_step = make_eval_step(graphdef, t)
@@ -249,7 +250,7 @@ def train_and_evaluate(config, workdir=None, *, progress: bool = True) -> dict:
     bar = _progress(t.steps, start, enabled=progress and is_main)
     pending, last_log, last_time = [], start, time.perf_counter()
     stopped_by, done = None, start
-    with StopRequest() as stop:
+    with StopRequest() as stop, bar:
         for step in range(start, t.steps):
             batches = np.stack([next(train_iter) for _ in range(t.grad_accum)])
             state, m = train_step(state, parallel.shard_batch(batches, mesh, axis=1), step)
@@ -276,7 +277,6 @@ def train_and_evaluate(config, workdir=None, *, progress: bool = True) -> dict:
             if stop.signal:
                 stopped_by = stop.signal
                 break
-    bar.close()
     ckpts.close()
     if stopped_by:
         log(f"received {stopped_by}: checkpoint saved at step {done}; run the same command to resume")
