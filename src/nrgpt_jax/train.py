@@ -93,7 +93,7 @@ def make_train_step(graphdef, optimizer, t: run_config.TrainConfig, use_dropout:
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         (loss, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), (batches, keys))
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -111,6 +111,7 @@ def prepare_text(inputs, out, vocab_size: int = 8000, val_fraction: float = 0.01
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
         corpus.write_text("\n".join(train_docs), encoding="utf-8")
+        spm.set_random_generator_seed(seed)
         try:
             spm.SentencePieceTrainer.train(
                 input=str(corpus), model_prefix=str(out / "tokenizer"), vocab_size=vocab_size,
@@ -118,10 +119,11 @@ def prepare_text(inputs, out, vocab_size: int = 8000, val_fraction: float = 0.01
                 normalization_rule_name="identity", remove_extra_whitespaces=False,
                 split_digits=True, input_sentence_size=2_000_000, shuffle_input_sentence=True,
                 max_sentence_length=1 << 16, num_threads=os.cpu_count() or 1, minloglevel=2,
-                unk_id=0, bos_id=1, eos_id=2, pad_id=-1, random_seed=seed)
+                unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
         except RuntimeError as err:
             msg = str(err).splitlines()[-1] if str(err) else type(err).__name__
-            raise DataError(f"SentencePiece training failed ({msg}): try a smaller --vocab_size") from None
+            hint = ": try a smaller --vocab_size" if "vocab" in msg.lower() else ""
+            raise DataError(f"SentencePiece training failed ({msg}){hint}") from None
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     dtype = stream_dtype(sp.get_piece_size())
     counts = {}
