@@ -1,7 +1,6 @@
 """Parity with the reference PyTorch code, and reference checkpoints in and out."""
 
 import importlib.util
-from pathlib import Path
 
 import jax
 import numpy as np

@@ -93,7 +93,7 @@ def test_data_parallel_training_matches_one_device(tmp_path):
     script = (
         "import sys; sys.path.insert(0, 'tests');"
         "from test_train import tiny; from nrgpt_jax.train import train_and_evaluate;"
-        f"train_and_evaluate(tiny(**{{'train.sample_tokens': 0}}), sys.argv[1], progress=False)"
+        "train_and_evaluate(tiny(**{'train.sample_tokens': 0}), sys.argv[1], progress=False)"
     )
     losses = []
     for n, name in ((1, "one"), (4, "four")):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nrgpt_jax import dynamics, energy
+from nrgpt_jax import dynamics
 from nrgpt_jax.model_config import ConfigError, ModelConfig
 
 

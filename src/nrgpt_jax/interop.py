@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -128,16 +127,6 @@ def _check_reference_compatible(cfg: ModelConfig) -> None:
 
 
 # ------------------------------------------------------------------------- params in and out
-def _param_shapes(cfg: ModelConfig) -> dict:
-    from flax import nnx
-    import jax
-
-    from nrgpt_jax.models import build_model
-
-    abstract = nnx.eval_shape(lambda: build_model(cfg))
-    return nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
-
-
 def _get(tree, path):
     for p in path:
         tree = tree[p]
@@ -155,11 +144,12 @@ def params_from_reference(state_dict: Mapping[str, Any], cfg: ModelConfig, dtype
 
     Raises InteropError naming the first missing, unexpected or mis-shaped tensor.
     """
-    sd = strip_prefixes(state_dict)
-    shapes = _param_shapes(cfg)
     import jax
 
-    params = jax.tree.map(lambda s: np.zeros(s.shape, dtype), shapes)
+    from nrgpt_jax.checkpoint import abstract_params
+
+    sd = strip_prefixes(state_dict)
+    params = jax.tree.map(lambda s: np.zeros(s.shape, dtype), abstract_params(cfg))
     layout = reference_layout(cfg)
     buffers = reference_buffers(cfg)
     missing = [e.ref_key for e in layout if e.ref_key not in sd]
