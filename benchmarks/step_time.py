@@ -26,8 +26,8 @@ SPEC = dict(vocab_size=65, n_embed=128, n_head=4, n_layer=6, block_size=256)
 ROWS = [
     ("NRGPT_H_FF2W", {}, "jax.grad updates (reference semantics)"),
     ("NRGPT_H_FF2W", {"unroll": 6}, "scan fully unrolled"),
-    ("NRGPT_H_FF2W", {"update": "closed_form"}, "closed-form updates"),
-    ("NRGPT_H_FF2W", {"update": "closed_form", "unroll": 6}, "closed-form, unrolled"),
+    ("NRGPT_H_FF2W", {"energy_grad": "closed_form"}, "closed-form updates"),
+    ("NRGPT_H_FF2W", {"energy_grad": "closed_form", "unroll": 6}, "closed-form, unrolled"),
     ("NRGPT_H_FF2W", {"remat": True}, "rematerialised steps"),
     ("GPT_Rec_parallel", {}, "baseline, same size"),
     ("GPT", {}, "baseline, 6 distinct blocks"),

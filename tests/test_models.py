@@ -215,8 +215,8 @@ def test_closed_form_update_equals_autodiff(name, options):
     tgt = jax.random.randint(jax.random.key(2), (2, 8), 0, 13)
     key = jax.random.key(7) if options.get("dropout") else None
     results = []
-    for update in ("autodiff", "closed_form"):
-        model = random_model(seed=11, dtype=jnp.float64, name=name, update=update, **options)
+    for energy_grad in ("autodiff", "closed_form"):
+        model = random_model(seed=11, dtype=jnp.float64, name=name, energy_grad=energy_grad, **options)
         graphdef, state = nnx.split(model, nnx.Param)
         loss = lambda s: cross_entropy(nnx.merge(graphdef, s)(idx, dropout_key=key), tgt)
         results.append(jax.value_and_grad(loss)(state))

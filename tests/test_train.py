@@ -197,3 +197,20 @@ def test_config_files_resolve(config):
     model, t, d = run_config.resolve(run_config.load_config_file(CONFIGS / name, preset))
     run_config.model_config(model, 65)
     assert t.steps > 0 and d.name
+
+
+def test_every_config_field_is_settable_from_the_command_line():
+    """Each leaf of the base config parses as `--config.section.field=value` (a field named like a
+    ConfigDict method, e.g. `update`, would not)."""
+    base = run_config.base_config()
+    argv = ["main", f"--config={CONFIGS / 'shakespeare_char.py'}"]
+    expected = {}
+    for section, fields in base.items():
+        for field, value in fields.items():
+            kind = fields.get_type(field) if value is None else type(value)  # placeholders: declared type
+            new = (not value) if kind is bool else kind((value or 0) + 1) if kind in (int, float) else value + "x"
+            argv.append(f"--config.{section}.{field}={new}")
+            expected[(section, field)] = new
+    parsed = main_mod.parse_flags(argv).config
+    for (section, field), value in expected.items():
+        assert parsed[section][field] == value, (section, field)

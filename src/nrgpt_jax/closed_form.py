@@ -1,4 +1,4 @@
-"""Closed-form energy gradients: the fast path for `model.update='closed_form'`.
+"""Closed-form energy gradients: the fast path for `model.energy_grad='closed_form'`.
 
 The definition of every update is `jax.grad` of the energies in `energy.py`; these formulas compute
 the same values without differentiating (so training needs only first-order derivatives), and the

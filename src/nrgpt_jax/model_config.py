@@ -13,7 +13,7 @@ PROJ_TYPES = ("full", "identity", "pos_scalar", "pos_diag", "psd", "psd_plus_ant
 NORMS = ("layernorm", "layernorm_affine", "rmsnorm", "none")
 ATTN_GRADS = ("reference", "exact")
 STEP_SIZES = ("none", "per_step")
-UPDATES = ("autodiff", "closed_form")
+ENERGY_GRADS = ("autodiff", "closed_form")
 
 
 class ConfigError(ValueError):
@@ -44,7 +44,7 @@ class ModelConfig:
     proj_type: str = "full"  # the inference-rate matrix eta
     proj_scale_init: float = 1.0  # initial c / diagonal / PSD scale of constrained eta
     step_size: str = "none"  # 'per_step': a learnable positive step size for each step
-    update: str = "autodiff"  # how the energy gradient is computed: jax.grad, or explicit formulas
+    energy_grad: str = "autodiff"  # how the energy gradient is computed: jax.grad, or explicit formulas
     remat: bool = False  # rematerialise each recurrent step in the backward pass
     unroll: int = 1  # unroll factor of the scan over steps
 
@@ -72,12 +72,12 @@ class ModelConfig:
         _check(self.proj_type in PROJ_TYPES, "proj_type", self.proj_type, f"one of {PROJ_TYPES}")
         _check(self.proj_scale_init > 0, "proj_scale_init", self.proj_scale_init, "a positive number")
         _check(self.step_size in STEP_SIZES, "step_size", self.step_size, f"one of {STEP_SIZES}")
-        _check(self.update in UPDATES, "update", self.update, f"one of {UPDATES}")
+        _check(self.energy_grad in ENERGY_GRADS, "energy_grad", self.energy_grad, f"one of {ENERGY_GRADS}")
         _check(isinstance(self.unroll, int) and self.unroll >= 1, "unroll", self.unroll,
                "a positive integer")
         if not self.is_nrgpt:
             defaults = ModelConfig.__dataclass_fields__
-            for field in ("attn_beta", "attn_grad", "norm", "proj_type", "proj_scale_init", "step_size", "update"):
+            for field in ("attn_beta", "attn_grad", "norm", "proj_type", "proj_scale_init", "step_size", "energy_grad"):
                 _check(getattr(self, field) == defaults[field].default, field, getattr(self, field),
                        f"left at its default for the baseline {self.name} (NRGPT models only)")
 

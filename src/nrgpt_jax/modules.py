@@ -191,7 +191,7 @@ class EnergyBlock(nnx.Module):
             self.raw_step_size = nnx.Param(jnp.full((cfg.n_layer,), _inverse_softplus(1.0), dtype))
         self.strict = cfg.tril_plus_one
         self.exact = cfg.attn_grad == "exact"
-        self.closed_form = cfg.update == "closed_form"
+        self.closed_form = cfg.energy_grad == "closed_form"
         self.dropout = cfg.dropout
 
     def mask(self, t: int):
@@ -216,7 +216,7 @@ class EnergyBlock(nnx.Module):
 
     def energy_gradient(self, g, dropout_key=None):
         """u = dE_att/dq + s * dE_ff/dg at q = g, keys closed over (B,T,C); by jax.grad, or by the
-        explicit formulas of `closed_form.py` when the model config says update=closed_form.
+        explicit formulas of `closed_form.py` when the model config says energy_grad=closed_form.
 
         Closing over `g` as the keys (rather than stop_gradient) keeps the parameter gradients of
         training exact: the outer derivative flows through the keys too.
