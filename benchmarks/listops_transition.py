@@ -6,7 +6,8 @@ NRGPT_H_FF2W and GPT_Rec_parallel over a grid of widths (the paper sweeps n_embe
 
 Each run is configs/listops.py with the model, n_embed, steps and schedule overridden (cosine from
 --lr with 200 warmup steps to 2e-5: the paper's 5e-4 -> 2e-5 exponential schedule is tuned for
-100,000 steps). Runs already in the results file are skipped, so the sweep can be extended.
+100,000 steps). Every run is kept in the results file; a (model, width) already there at the same
+--steps and --lr is skipped, so the sweep can be extended.
 Writes benchmarks/results/listops_transition.{json,md,png}.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from _common import RESULTS, load_config, machine, write_results
 
 from nrgpt_jax import ModelConfig, build_model, count_params
+from nrgpt_jax.metrics import read_metrics
 from nrgpt_jax.train import train_and_evaluate
 
 PAPER_TRANSITION = {"GPT_Rec_parallel": 2.3e4, "NRGPT_H_FF1": 2.4e4, "NRGPT_H_FF2W": 2.98e4}
@@ -41,8 +43,8 @@ def main() -> None:
     args = parser.parse_args()
     results_file = RESULTS / "listops_transition.json"
     previous = json.loads(results_file.read_text())["runs"] if results_file.exists() else []
-    runs = [r for r in previous if r["steps"] == args.steps and r["lr"] == args.lr]
-    done = {(r["model"], r["n_embed"]) for r in runs}
+    runs = list(previous)  # every earlier run is kept; a (model, width) is skipped at the same steps and lr
+    done = {(r["model"], r["n_embed"]) for r in runs if r["steps"] == args.steps and r["lr"] == args.lr}
     for name in args.models.split(","):
         for width in [int(w) for w in args.widths.split(",")]:
             if (name, width) in done:
@@ -52,13 +54,19 @@ def main() -> None:
                 "train.lr": args.lr, "train.min_lr": 2e-5, "train.schedule": "cosine", "train.warmup_steps": 200,
                 "train.eval_interval": 1000, "train.checkpoint_interval": args.steps, "train.sample_tokens": 0})
             t0 = time.perf_counter()
-            final = train_and_evaluate(config, Path(args.out) / f"{name}_{width}", progress=False)
+            workdir = Path(args.out) / f"{name}_{width}_{args.steps}_{args.lr:g}"
+            final = train_and_evaluate(config, workdir, progress=False)
             runs.append({"model": name, "n_embed": width, "params": n_params(name, width), "steps": args.steps,
                          "lr": args.lr, "val_loss": final["val_loss"], "accuracy": final["accuracy_final"],
                          **{k: v for k, v in final.items() if k.startswith("accuracy_final_")},
-                         "wall_s": round(time.perf_counter() - t0, 1)})
+                         "wall_s": round(time.perf_counter() - t0, 1), "curve": accuracy_curve(workdir)})
             print(runs[-1], flush=True)
             report(runs, args)
+
+
+def accuracy_curve(workdir: Path) -> list[list[float]]:
+    """[[step, held-out accuracy on the evaluation subset], ...] from the run's metrics.jsonl."""
+    return [[m["step"], m["accuracy"]] for m in read_metrics(workdir / "metrics.jsonl") if "accuracy" in m]
 
 
 def report(runs, args) -> None:
@@ -67,34 +75,49 @@ def report(runs, args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for name in sorted({r["model"] for r in runs}):
-        pts = sorted((r["params"], r["accuracy"]) for r in runs if r["model"] == name)
-        line, = ax.plot(*zip(*pts), "o-", label=name)
-        ax.axvline(PAPER_TRANSITION[name], color=line.get_color(), linestyle=":", alpha=0.7)
+    fig, (ax, ax_curve) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    colors = {}
+    for name, steps, lr in sorted({(r["model"], r["steps"], r["lr"]) for r in runs}):
+        pts = sorted((r["params"], r["accuracy"]) for r in runs
+                     if (r["model"], r["steps"], r["lr"]) == (name, steps, lr))
+        line, = ax.plot(*zip(*pts), "o-", color=colors.get(name), label=f"{name}, {steps:,} steps, lr {lr:g}")
+        colors[name] = line.get_color()
+    for name, color in colors.items():
+        ax.axvline(PAPER_TRANSITION[name], color=color, linestyle=":", alpha=0.7)
     ax.set_xscale("log")
     ax.set_ylim(0, 1)
     ax.set_xlabel("parameters")
     ax.set_ylabel("held-out accuracy (greedy, 2,000 items)")
-    ax.set_title(f"ListOps after {args.steps:,} steps (paper: 100,000); dotted: the paper's transition points",
-                 fontsize=8)
+    ax.set_title("final accuracy (paper: 100,000 steps); dotted: the paper's transition points", fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
+    for r in sorted(runs, key=lambda r: (r["model"], r["n_embed"], r["steps"])):
+        if r.get("curve"):
+            ax_curve.plot(*zip(*r["curve"]), "o-", ms=3,
+                          label=f"{r['model']} n_embed {r['n_embed']} ({r['params']:,}), lr {r['lr']:g}")
+    ax_curve.set_ylim(0, 1)
+    ax_curve.set_xlabel("training step")
+    ax_curve.set_ylabel("accuracy (first 200 held-out items, greedy)")
+    ax_curve.set_title("accuracy during training", fontsize=8)
+    ax_curve.grid(alpha=0.3)
+    ax_curve.legend(fontsize=7)
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(RESULTS / "listops_transition.png")
     plt.close(fig)
-    table = ["# ListOps: accuracy against parameters", "",
-             f"{args.steps:,} steps of batch 64 x block 128 per run (the paper: 100,000), cosine lr {args.lr} -> 2e-5, "
-             "one head, 5 steps, strict mask; greedy accuracy on the 2,000 held-out items and on each single-function "
-             "set. Command: `python benchmarks/listops_transition.py`. Paper transitions: GPT_Rec_parallel 2.3e4, "
-             "NRGPT_H_FF1 2.4e4, NRGPT_H_FF2W 2.98e4 parameters.", "",
-             "| model | n_embed | parameters | val loss | accuracy | max_10 | median_10 | add_10 | wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(runs, key=lambda r: (r["model"], r["n_embed"])):
-        table.append(f"| {r['model']} | {r['n_embed']} | {r['params']:,} | {r['val_loss']:.4f} | {r['accuracy']:.3f} | "
-                     f"{r.get('accuracy_final_max_10', float('nan')):.3f} | {r.get('accuracy_final_median_10', float('nan')):.3f} | "
-                     f"{r.get('accuracy_final_add_10', float('nan')):.3f} | {r['wall_s']:.0f} |")
+    intro = ("Batch 64 x block 128 per step (the paper: 100,000 steps), cosine lr from `lr` with 200 warmup steps to "
+             "2e-5, one head, 5 steps, strict mask; greedy accuracy on the 2,000 held-out items and on each "
+             "single-function set. Command per row: `python benchmarks/listops_transition.py --steps STEPS --lr LR "
+             "--models MODEL --widths N_EMBED`. Paper transitions: GPT_Rec_parallel 2.3e4, NRGPT_H_FF1 2.4e4, "
+             "NRGPT_H_FF2W 2.98e4 parameters.")
+    table = ["# ListOps: accuracy against parameters", "", intro, "",
+             "| model | n_embed | parameters | steps | lr | val loss | accuracy | max_10 | median_10 | add_10 | wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["model"], r["n_embed"], r["steps"])):
+        per_op = " | ".join(f"{r.get(f'accuracy_final_{op}', float('nan')):.3f}"
+                            for op in ("max_10", "median_10", "add_10"))
+        table.append(f"| {r['model']} | {r['n_embed']} | {r['params']:,} | {r['steps']:,} | {r['lr']:g} | "
+                     f"{r['val_loss']:.4f} | {r['accuracy']:.3f} | {per_op} | {r['wall_s']:.0f} |")
     table += ["", "![accuracy against parameters](listops_transition.png)"]
     write_results("listops_transition", {"machine": machine(), "runs": runs}, "\n".join(table) + "\n")
 
