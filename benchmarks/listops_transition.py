@@ -41,10 +41,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--out", default="runs/listops_transition")
     args = parser.parse_args()
-    results_file = RESULTS / "listops_transition.json"
-    previous = json.loads(results_file.read_text())["runs"] if results_file.exists() else []
-    runs = list(previous)  # every earlier run is kept; a (model, width) is skipped at the same steps and lr
-    done = {(r["model"], r["n_embed"]) for r in runs if r["steps"] == args.steps and r["lr"] == args.lr}
+    done = {(r["model"], r["n_embed"]) for r in stored_runs() if r["steps"] == args.steps and r["lr"] == args.lr}
     for name in args.models.split(","):
         for width in [int(w) for w in args.widths.split(",")]:
             if (name, width) in done:
@@ -56,12 +53,22 @@ def main() -> None:
             t0 = time.perf_counter()
             workdir = Path(args.out) / f"{name}_{width}_{args.steps}_{args.lr:g}"
             final = train_and_evaluate(config, workdir, progress=False)
-            runs.append({"model": name, "n_embed": width, "params": n_params(name, width), "steps": args.steps,
-                         "lr": args.lr, "val_loss": final["val_loss"], "accuracy": final["accuracy_final"],
-                         **{k: v for k, v in final.items() if k.startswith("accuracy_final_")},
-                         "wall_s": round(time.perf_counter() - t0, 1), "curve": accuracy_curve(workdir)})
-            print(runs[-1], flush=True)
-            report(runs, args)
+            run = {"model": name, "n_embed": width, "params": n_params(name, width), "steps": args.steps,
+                   "lr": args.lr, "val_loss": final["val_loss"], "accuracy": final["accuracy_final"],
+                   **{k: v for k, v in final.items() if k.startswith("accuracy_final_")},
+                   "wall_s": round(time.perf_counter() - t0, 1), "curve": accuracy_curve(workdir)}
+            print(run, flush=True)
+            report([r for r in stored_runs() if run_key(r) != run_key(run)] + [run])
+
+
+def run_key(run: dict) -> tuple:
+    return run["model"], run["n_embed"], run["steps"], run["lr"]
+
+
+def stored_runs() -> list[dict]:
+    """Every run in the results file, re-read before each write so that concurrent sweeps merge."""
+    results_file = RESULTS / "listops_transition.json"
+    return json.loads(results_file.read_text())["runs"] if results_file.exists() else []
 
 
 def accuracy_curve(workdir: Path) -> list[list[float]]:
@@ -69,7 +76,7 @@ def accuracy_curve(workdir: Path) -> list[list[float]]:
     return [[m["step"], m["accuracy"]] for m in read_metrics(workdir / "metrics.jsonl") if "accuracy" in m]
 
 
-def report(runs, args) -> None:
+def report(runs) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
