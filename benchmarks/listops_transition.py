@@ -76,6 +76,15 @@ def accuracy_curve(workdir: Path) -> list[list[float]]:
     return [[m["step"], m["accuracy"]] for m in read_metrics(workdir / "metrics.jsonl") if "accuracy" in m]
 
 
+def dress(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def report(runs) -> None:
     import matplotlib
 
@@ -92,22 +101,13 @@ def report(runs) -> None:
     for name, color in colors.items():
         ax.axvline(PAPER_TRANSITION[name], color=color, linestyle=":", alpha=0.7)
     ax.set_xscale("log")
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("held-out accuracy (greedy, 2,000 items)")
-    ax.set_title("final accuracy (paper: 100,000 steps); dotted: the paper's transition points", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    dress(ax, "parameters", "held-out accuracy (greedy, 2,000 items)",
+          "final accuracy (paper: 100,000 steps); dotted: the paper's transition points")
     for r in sorted(runs, key=lambda r: (r["model"], r["n_embed"], r["steps"])):
         if r.get("curve"):
             ax_curve.plot(*zip(*r["curve"]), "o-", ms=3,
                           label=f"{r['model']} n_embed {r['n_embed']} ({r['params']:,}), lr {r['lr']:g}")
-    ax_curve.set_ylim(0, 1)
-    ax_curve.set_xlabel("training step")
-    ax_curve.set_ylabel("accuracy (first 200 held-out items, greedy)")
-    ax_curve.set_title("accuracy during training", fontsize=8)
-    ax_curve.grid(alpha=0.3)
-    ax_curve.legend(fontsize=7)
+    dress(ax_curve, "training step", "accuracy (first 200 held-out items, greedy)", "accuracy during training")
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(RESULTS / "listops_transition.png")
