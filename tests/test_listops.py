@@ -1,7 +1,6 @@
 """ListOps: tokenizer, chain of thought, generator, pickles, loading and greedy accuracy."""
 
 import collections
-import importlib.util
 import math
 import pickle
 import random
@@ -331,15 +330,15 @@ def test_greedy_complete_matches_sliding_window_sampler():
 
 # ---------------------------------------------------------------------------------- config
 def test_config_presets_resolve():
-    spec = importlib.util.spec_from_file_location("listops_config", ROOT / "configs" / "listops.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model, train, data = run_config.resolve(module.get_config())
+    def load(preset=""):
+        return run_config.load_config_file(ROOT / "configs" / "listops.py", preset)
+
+    model, train, data = run_config.resolve(load())
     assert (model["name"], model["n_embed"], model["n_layer"], model["tril_plus_one"]) == ("NRGPT_H_FF2W", 50, 5, True)
     assert (train.steps, train.schedule, train.min_lr, data.name, data.path) == (100000, "exp", 2e-5, "listops", "")
-    model, train, _ = run_config.resolve(module.get_config("gpt_rec_parallel,c64,short"))
+    model, train, _ = run_config.resolve(load("gpt_rec_parallel,c64,short"))
     assert (model["name"], model["n_embed"], train.steps) == ("GPT_Rec_parallel", 64, 20000)
-    model, train, _ = run_config.resolve(module.get_config("tiny"))
+    model, train, _ = run_config.resolve(load("tiny"))
     assert model["block_size"] >= 60 and train.steps < 10
     with pytest.raises(ValueError, match="unknown preset token"):
-        module.get_config("c0")
+        load("c0")
