@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -20,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from nrgpt_jax.files import write_json_atomic
 from nrgpt_jax.model_config import ModelConfig
 from nrgpt_jax.models import LanguageModel, build_model
 
@@ -191,9 +191,3 @@ def tree_digest(tree) -> str:
         h.update(a.tobytes())
     return h.hexdigest()
 
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)

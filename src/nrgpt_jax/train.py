@@ -23,6 +23,7 @@ from flax import nnx
 
 from nrgpt_jax import checkpoint, metrics, optim, parallel, run_config
 from nrgpt_jax.data.tokens import TokenData, check_stream, load_data, window_batches
+from nrgpt_jax.files import write_json_atomic
 from nrgpt_jax.model_config import ConfigError, ModelConfig
 from nrgpt_jax.models import build_model, cross_entropy
 from nrgpt_jax.sample import generate
@@ -134,7 +135,7 @@ def claim_workdir(run: Run, workdir: Path, decay_steps_set: bool) -> tuple[Run, 
     cfg_file = workdir / checkpoint.CONFIG_FILE
     if not cfg_file.exists():
         workdir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_json_atomic(cfg_file, run.to_json())
+        write_json_atomic(cfg_file, run.to_json())
         return run, False
     try:
         stored = json.loads(cfg_file.read_text())
@@ -154,7 +155,7 @@ def claim_workdir(run: Run, workdir: Path, decay_steps_set: bool) -> tuple[Run, 
                 raise ConfigError(
                     f"{workdir} holds a run with {section}.{key}={old.get(key)!r} but this config has "
                     f"{new[section].get(key)!r}: use a new --workdir, or the run's own config to resume")
-    checkpoint.write_json_atomic(cfg_file, new)
+    write_json_atomic(cfg_file, new)
     return run, True
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from nrgpt_jax.data.tokens import META_FILE, DataError, open_stream
+from nrgpt_jax.files import write_json_atomic
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -87,12 +88,6 @@ def write_stream(path: Path, ids: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def write_meta(folder: Path, meta: dict) -> None:
-    tmp = folder / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, folder / META_FILE)
-
-
 def stream_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
@@ -137,7 +132,7 @@ def prepare_text(inputs, out, vocab_size: int = 8000, val_fraction: float = 0.01
             "tokenizer": {"kind": "sentencepiece", "model": "tokenizer.model"}, "eos_id": sp.eos_id(),
             "n_documents": {"train": len(train_docs), "val": len(val_docs)},
             "n_tokens": counts, "source": [str(p) for p in inputs]}
-    write_meta(out, meta)
+    write_json_atomic(out / META_FILE, meta)
     return meta
 
 
@@ -177,7 +172,7 @@ def adopt_nanogpt(folder, out=None) -> dict:
     meta = {"format": "nrgpt_jax.tokens/1", "vocab_size": vocab, "dtype": "uint16", "train": "train.bin",
             "val": "val.bin", "max_token_id": max_id, "tokenizer": tokenizer,
             "n_tokens": {s: int(len(a)) for s, a in streams.items()}, "source": str(folder.resolve())}
-    write_meta(out, meta)
+    write_json_atomic(out / META_FILE, meta)
     return meta
 
 
