@@ -93,10 +93,12 @@ def report(runs) -> None:
 
     fig, (ax, ax_curve) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     colors = {}
+    longest = max(r["steps"] for r in runs)
     for name, steps, lr in sorted({(r["model"], r["steps"], r["lr"]) for r in runs}):
         pts = sorted((r["params"], r["accuracy"]) for r in runs
                      if (r["model"], r["steps"], r["lr"]) == (name, steps, lr))
-        line, = ax.plot(*zip(*pts), "o-", color=colors.get(name), label=f"{name}, {steps:,} steps, lr {lr:g}")
+        style = "o-" if steps == longest else "x--"  # shorter budgets: same colour, crosses
+        line, = ax.plot(*zip(*pts), style, color=colors.get(name), label=f"{name}, {steps:,} steps, lr {lr:g}")
         colors[name] = line.get_color()
     for name, color in colors.items():
         ax.axvline(PAPER_TRANSITION[name], color=color, linestyle=":", alpha=0.7)
